@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torchvision.transforms.v2.functional as TF
 from PIL import Image, UnidentifiedImageError
 
 from fedneg.config import DATA_ROOT_ENV, ConfigError
@@ -109,11 +108,12 @@ def load_face(path: str, crop_size: int, image_size: int) -> torch.Tensor:
     """
     with Image.open(path) as image:
         image = image.convert("RGB")
+        width, height = image.size
+        side = min(crop_size, width, height)
+        left, top = (width - side) // 2, (height - side) // 2
+        image = image.resize((image_size, image_size), Image.Resampling.BILINEAR, box=(left, top, left + side, top + side), reducing_gap=None)
         array = np.asarray(image, dtype=np.uint8).copy()
-    tensor = torch.from_numpy(array).permute(2, 0, 1)
-    side = min(crop_size, tensor.shape[1], tensor.shape[2])
-    tensor = TF.center_crop(tensor, [side, side])
-    return TF.resize(tensor, [image_size, image_size], antialias=True)
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 
 def load_faces(paths: list[str], crop_size: int, image_size: int) -> tuple[torch.Tensor, list[int]]:
@@ -182,3 +182,4 @@ class PhoneImages:
     gallery: torch.Tensor
     gallery_identities: list[str]
     owner: str
+    skipped_images: int = 0  # unreadable photos left out when the phone was loaded

@@ -12,21 +12,32 @@ from torchvision.models import mobilenet_v2
 from fedneg.config import ModelConfig
 
 
+def group_norm(channels: int, max_groups: int = 8) -> nn.GroupNorm:
+    """GroupNorm with the largest group count <= `max_groups` that divides `channels`."""
+    groups = max(g for g in range(1, max_groups + 1) if channels % g == 0)
+    return nn.GroupNorm(groups, channels)
+
+
 class FaceEmbedder(nn.Module):
-    """MobileNetV2 features -> global average pool -> linear -> BatchNorm -> L2 normalisation.
+    """MobileNetV2 features -> global average pool -> linear -> norm -> L2 normalisation.
+
+    `norm="group"` replaces every BatchNorm with GroupNorm and the head's BatchNorm with
+    LayerNorm: no running statistics, so FedAvg averages weights only and evaluation does
+    not depend on statistics gathered on one phone's owner-dominated batches.
 
     Input: float tensor (N, 3, S, S), normalised as in `fedneg.data.normalize`; any S >= 32.
     Output: float tensor (N, embedding_dim) with unit L2 norm, so a dot product of two
     embeddings is their cosine similarity in [-1, 1].
     """
 
-    def __init__(self, width: float = 0.5, embedding_dim: int = 128) -> None:
+    def __init__(self, width: float = 0.5, embedding_dim: int = 128, norm: str = "group") -> None:
         super().__init__()
-        trunk = mobilenet_v2(weights=None, width_mult=width)
+        norm_layer = group_norm if norm == "group" else nn.BatchNorm2d
+        trunk = mobilenet_v2(weights=None, width_mult=width, norm_layer=norm_layer)
         self.features = trunk.features
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.head = nn.Linear(trunk.last_channel, embedding_dim, bias=False)
-        self.head_norm = nn.BatchNorm1d(embedding_dim)
+        self.head_norm = nn.LayerNorm(embedding_dim) if norm == "group" else nn.BatchNorm1d(embedding_dim)
         self.embedding_dim = embedding_dim
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -39,7 +50,7 @@ def build_model(config: ModelConfig, seed: int | None = None) -> FaceEmbedder:
     """Build the FE; with `seed`, its initial weights are fixed by it."""
     if seed is not None:
         torch.manual_seed(seed)
-    return FaceEmbedder(width=config.width, embedding_dim=config.embedding_dim)
+    return FaceEmbedder(width=config.width, embedding_dim=config.embedding_dim, norm=config.norm)
 
 
 def state_to_numpy(model: nn.Module) -> "OrderedDict[str, np.ndarray]":

@@ -1,0 +1,1 @@
+"""Server side: the Flower ServerApp, its strategy and the run's records."""
