@@ -88,8 +88,9 @@ def tar_at_far(scores: np.ndarray, labels: np.ndarray, target_far: float) -> flo
 def best_threshold_accuracy(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
     """Return (accuracy, threshold) of the threshold that classifies the pairs best.
 
-    A pair is accepted when its score is >= the threshold. Candidate thresholds are the
-    scores themselves plus one above the maximum (accept nothing).
+    A pair is accepted when its score is >= the threshold. The threshold sits midway
+    between the last accepted and the first rejected score, so held-out pairs that fall
+    between the two are split evenly (the usual choice in LFW's 10-fold protocol).
     """
     order = np.argsort(-scores, kind="stable")
     sorted_scores = scores[order]
@@ -105,7 +106,12 @@ def best_threshold_accuracy(scores: np.ndarray, labels: np.ndarray) -> tuple[flo
     valid = np.ones(len(scores) + 1, dtype=bool)
     valid[1:-1] = sorted_scores[:-1] != sorted_scores[1:]
     best = int(np.flatnonzero(valid)[np.argmax(correct[valid])])
-    threshold = sorted_scores[best - 1] if best > 0 else sorted_scores[0] + 1.0
+    if best == 0:
+        threshold = sorted_scores[0] + 1.0
+    elif best == len(scores):
+        threshold = sorted_scores[-1]
+    else:
+        threshold = (sorted_scores[best - 1] + sorted_scores[best]) / 2.0
     return float(correct[best] / len(scores)), float(threshold)
 
 

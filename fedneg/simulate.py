@@ -130,7 +130,7 @@ def setup_logging(run_dir: Path, verbose: bool) -> None:
 
 def _watch_progress(run_dir: Path, rounds: int, stop: threading.Event) -> None:
     """Advance a progress bar as round records appear in the run folder."""
-    with tqdm(total=rounds, desc="rounds", unit="round", file=sys.stderr, leave=True) as bar:
+    with tqdm(total=rounds, desc="rounds", unit="round", file=sys.stderr, disable=not sys.stderr.isatty()) as bar:
         while not stop.wait(1.0):
             done = max((record["round"] for record in read_metrics(run_dir)), default=0)
             bar.update(done - bar.n)
