@@ -83,6 +83,7 @@ def run_simulation_from_config(config: Config, run_dir: Path | None = None, verb
     route_flower_logs(verbose)
     prepared = prepare_run(config, run_dir)
     run_dir = prepared.run_dir
+    log_handler = attach_run_log(run_dir)
 
     # NOTE: `_run_simulation` is Flower's internal entry (1.42); the public `run_simulation`
     # cannot pass a run config to the ServerApp. Revisit when upgrading Flower.
@@ -93,14 +94,18 @@ def run_simulation_from_config(config: Config, run_dir: Path | None = None, verb
         state=RecordDict(),
         run_config={"config-json": prepared.config.to_json(), "run-dir": str(run_dir.resolve())},
     )
-    _run_simulation(
-        num_supernodes=len(prepared.phones),
-        exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
-        client_app=client_app,
-        server_app=server_app,
-        backend_config=backend_config(prepared.config),
-        server_app_context=context,
-    )
+    try:
+        _run_simulation(
+            num_supernodes=len(prepared.phones),
+            exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
+            client_app=client_app,
+            server_app=server_app,
+            backend_config=backend_config(prepared.config),
+            server_app_context=context,
+        )
+    finally:
+        logging.getLogger().removeHandler(log_handler)
+        log_handler.close()
 
     if not (run_dir / SUMMARY_FILE).is_file():
         raise SimulationError(f"the simulation stopped before its last round; see {run_dir / LOG_FILE} for the error")
@@ -114,16 +119,27 @@ class _TqdmHandler(logging.Handler):
         tqdm.write(self.format(record), file=sys.stderr)
 
 
-def setup_logging(run_dir: Path, verbose: bool) -> None:
-    formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
-    console = _TqdmHandler()
-    console.setFormatter(formatter)
-    file_handler = logging.FileHandler(run_dir / LOG_FILE)
-    file_handler.setFormatter(formatter)
+LOG_FORMAT = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
 
+
+def attach_run_log(run_dir: Path) -> logging.Handler:
+    """Copy every log record of the run into `<run_dir>/run.log` (appending on a rerun)."""
+    handler = logging.FileHandler(run_dir / LOG_FILE)
+    handler.setFormatter(LOG_FORMAT)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    if root.level > logging.INFO or root.level == logging.NOTSET:
+        root.setLevel(logging.INFO)
+    return handler
+
+
+def setup_logging(verbose: bool) -> None:
+    """Console logging for the command line, drawn above the progress bar."""
+    console = _TqdmHandler()
+    console.setFormatter(LOG_FORMAT)
     root = logging.getLogger()
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    root.handlers = [console, file_handler]
+    root.handlers = [console]
     for noisy in ("matplotlib", "PIL", "filelock", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -158,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONFIG_ERROR
 
     run_dir = prepared.run_dir
-    setup_logging(run_dir, args.verbose)
+    setup_logging(args.verbose)
     logger.info("run folder %s: %d phones, %d rounds, negatives %s", run_dir, len(prepared.phones), config.federation.rounds, config.negatives.sources)
 
     stop = threading.Event()
@@ -170,7 +186,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         finished = [record["round"] for record in read_metrics(run_dir)]
         logger.warning("interrupted; %s keeps rounds %s", run_dir, finished or "none")
-        return EXIT_INTERRUPTED
+        stop.set()
+        logging.shutdown()
+        # The ServerApp thread still waits on the stopped simulation engine and would keep
+        # the interpreter alive. Every run-folder file is replaced atomically, so exiting
+        # here cannot leave a partial file.
+        os._exit(EXIT_INTERRUPTED)
     except (SimulationError, ConfigError) as error:
         logger.error("%s", error)
         return 1
