@@ -26,7 +26,7 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 MEAN = (0.5, 0.5, 0.5)
 STD = (0.5, 0.5, 0.5)
 
-# Where this workplace keeps LFW, relative to the project checkout and to the working folder.
+# Default LFW location, relative to the project checkout and to the working folder.
 _DEFAULT_ROOT_CANDIDATES = ("../shared/data/lfw/images_deepfunneled",)
 
 DATA_HELP = (
@@ -79,7 +79,7 @@ def scan_identities(root: Path) -> dict[str, list[str]]:
     only on the folder's contents.
 
     Raises:
-        ConfigError: `root` holds no identity folder with an image.
+        ConfigError: `root` contains no identity folder with an image.
     """
     identities: dict[str, list[str]] = {}
     for entry in sorted(os.scandir(root), key=lambda item: item.name):

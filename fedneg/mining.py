@@ -1,6 +1,6 @@
 """Bystander mining: cluster a phone's gallery embeddings with HDBSCAN, find the owner, score it.
 
-The phone knows which gallery photos are which person only for scoring (`mining_quality`);
+Gallery identities are used only for scoring (`mining_quality`);
 `mine_gallery` sees embeddings alone.
 """
 

@@ -38,7 +38,7 @@ class Split:
 
 @dataclass
 class Phone:
-    """What one phone stores. Identities in `gallery_identities` never leave the phone.
+    """Photos stored on one phone. Identities in `gallery_identities` never leave the phone.
 
     They are ground truth for measuring bystander mining, not input to training.
     """

@@ -91,12 +91,12 @@ def train_local(
 ) -> TrainResult:
     """Train `model` in place for `config.epochs` epochs over the phone's training set.
 
-    Every batch holds all positives (up to half the batch, sampled when there are more) and
+    Every batch contains all positives (up to half the batch, sampled when there are more) and
     fills the rest with negatives; an epoch is one pass over the negatives, or a single step
     when there are none. `seed` fixes batch order and augmentation.
     """
     generator = torch.Generator().manual_seed(seed)
-    objective = objective or build_objective(config, training_set.num_classes)
+    objective = objective or build_objective(config, training_set.num_classes, getattr(model, "embedding_dim", 128))
     parameters = list(model.parameters()) + list(objective.parameters())
     optimizer = make_optimizer(parameters, config)
 

@@ -1,9 +1,9 @@
 """The interface every negative source implements.
 
-A source has a server half and a phone half. Each round the server asks every configured
-source for a `SourcePayload` (NumPy arrays plus scalar info) and ships it in the round's
-message beside the FE; on the phone the same source turns that payload, the phone's own
-photos and the current FE into a `NegativeSet`. A source that needs nothing from the server
+A source has a server half and a phone half. Each round the server requests a
+`SourcePayload` (NumPy arrays plus scalar info) from every configured source and ships it in
+the round's message beside the FE. On the phone, the same source turns that payload, the
+phone's own photos and the current FE into a `NegativeSet`. A source that needs nothing from the server
 (`bystander`) returns no payload; one that needs nothing from the phone (`public`) ignores it.
 
 To add a source, subclass `NegativeSource` and register it under the entry point group
@@ -31,7 +31,7 @@ InfoValue = int | float | str | bool
 
 @dataclass
 class SourcePayload:
-    """What the server ships for one source in one round.
+    """Arrays and scalar info the server ships for one source in one round.
 
     `arrays` travel in an ArrayRecord (images as uint8 (N, 3, S, S), groups as int64 (N,));
     `info` travels in a ConfigRecord and is also written to the run's per-round record
@@ -72,7 +72,7 @@ class NegativeSet:
 
 @dataclass
 class ServerResources:
-    """What the server holds when it prepares sources: the data root, the split, the config."""
+    """Server-side inputs for preparing sources: the data root, the split, the config."""
 
     config: Config
     data_root: Path
