@@ -67,12 +67,14 @@ def run_plain(config_path: str, settings: list[str]) -> dict:
         payload_rng = np.random.default_rng([config.seed, server_round, 1])
         payloads = {source.name: source.round_payload(server_round, payload_rng) for source in sources}
 
-        states = []
+        states, weights = [], []
         for phone in phones:
             outcome = train_phone(config, phone, copy.deepcopy(model.state_dict()), payloads, server_round)
             states.append(outcome.state)
+            weights.append(outcome.metrics["positives"] + outcome.metrics["negatives"])  # FedAvg's num-examples
             images += int(outcome.metrics["train_images"])
-        averaged = {key: sum(state[key].double() for state in states) / len(states) for key in states[0]}
+        total = sum(weights)
+        averaged = {key: sum(state[key].double() * weight / total for state, weight in zip(states, weights)) for key in states[0]}
         model.load_state_dict({key: value.to(states[0][key].dtype) for key, value in averaged.items()})
         seconds += time.perf_counter() - started
     return {"images": images, "seconds": seconds}
