@@ -21,6 +21,8 @@ DATA_ROOT_ENV = "FEDNEG_DATA_ROOT"
 
 TRIPLET_MINING = ("semihard", "hard", "easy", "all")
 OPTIMIZERS = ("sgd", "adam")
+CLASSIFIER_DESIGNS = ("fresh", "persistent")
+STRATEGIES = ("fedavg", "fedaws")
 NOISE_POLICIES = ("drop", "singleton")
 
 
@@ -30,7 +32,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    """Where the identity-folder data set lives and how images are preprocessed."""
+    """Location of the identity-folder data set and image preprocessing."""
 
     root: str | None = None  # identity folders <root>/<Name>/<image>; None: $FEDNEG_DATA_ROOT
     pairs_file: str | None = None  # LFW pairs.txt; None: <root>/../pairs.txt when present
@@ -51,7 +53,7 @@ class SplitConfig:
 
 @dataclass
 class PhoneConfig:
-    """What one simulated phone holds: enrollment photos and a mixed gallery."""
+    """Contents of one simulated phone: enrollment photos and a mixed gallery."""
 
     enrollment: int = 3  # labelled owner photos taken at enrollment
     owner_gallery: int = 7  # further owner photos in the camera roll (unlabelled)
@@ -67,6 +69,9 @@ class ModelConfig:
     arch: str = "mobilenet_v2"
     width: float = 0.5  # MobileNetV2 width multiplier
     embedding_dim: int = 128
+    norm: str = "group"  # "group" (GroupNorm, no running statistics) or "batch" (BatchNorm)
+    # FE weights (safetensors from `python -m fedneg.pretrain`) to start round 1 from; None: random init.
+    init_checkpoint: str | None = None
 
 
 @dataclass
@@ -88,13 +93,26 @@ class PublicConfig:
 
 @dataclass
 class NegativesConfig:
-    """Which negative sources a round uses and their settings."""
+    """Negative sources used in each round, and their settings."""
 
     sources: list[str] = field(default_factory=lambda: ["bystander", "public"])
     bystander: BystanderConfig = field(default_factory=BystanderConfig)
     public: PublicConfig = field(default_factory=PublicConfig)
     # Settings of plugin sources, keyed by source name, passed to them unchanged.
     plugins: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass
+class ClassifierConfig:
+    """Local classifier of the margin-softmax losses (arcface, cosface, sphereface, center) and FedAwS."""
+
+    scale: float = 30.0  # logit scale s applied to cosine similarities
+    # None: the loss's default (arcface 0.5 rad, cosface 0.35, sphereface 4 as an integer
+    # angle multiplier, fedaws 0.9 as the positive cosine margin); center loss ignores it.
+    margin: float | None = None
+    center_weight: float = 0.1  # weight of the center term 0.5 * mean ||x - c_y||^2
+    spreadout_margin: float = 1.5  # FedAwS: unit class embeddings closer than this are pushed apart
+    spreadout_lr: float = 0.1  # FedAwS: server step size on the spreadout penalty
 
 
 @dataclass
@@ -110,6 +128,7 @@ class TrainConfig:
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
 
 
 @dataclass
@@ -121,6 +140,11 @@ class FederationConfig:
     client_cpus: float = 1.0  # Ray CPUs per client; 2 cores give 2 parallel clients
     num_cpus: int | None = None  # CPUs Ray may use; None: all cores
     round_timeout: float = 3600.0  # seconds the server waits for replies each round
+    # "fresh": a new local classifier every round, only the FE goes back; "persistent": the
+    # same phones train every round and the owner's classifier column travels with the FE,
+    # so the server stores a face template per phone and can tell phones apart.
+    classifier: str = "fresh"
+    strategy: str = "fedavg"  # "fedaws": FedAvg plus the server's spreadout step on class embeddings
 
 
 @dataclass
@@ -136,7 +160,7 @@ class EvalConfig:
 
 @dataclass
 class OutputConfig:
-    """Where the run folder goes."""
+    """Location and name of the run folder."""
 
     runs_dir: str = "runs"
     name: str | None = None  # run folder name; None: <config name>-<timestamp>
@@ -259,7 +283,7 @@ def _require_number(key: str, value: Any, minimum: float, strict: bool = False) 
 def validate(config: Config) -> None:
     """Check every value; raise `ConfigError` on the first invalid one."""
     # Local imports: both modules import this one. Plugins add source names through the
-    # `fedneg.negative_sources` entry point group, so the check asks the registry.
+    # `fedneg.negative_sources` entry point group, so the check reads the registry.
     from fedneg.losses import OBJECTIVES
     from fedneg.negatives import available_sources
 
@@ -282,6 +306,9 @@ def validate(config: Config) -> None:
     _require_choice("model.arch", config.model.arch, ("mobilenet_v2",))
     _require_number("model.width", config.model.width, 0.0, strict=True)
     _require_int("model.embedding_dim", config.model.embedding_dim, 2)
+    _require_choice("model.norm", config.model.norm, ("group", "batch"))
+    if config.model.init_checkpoint is not None:
+        _require(Path(config.model.init_checkpoint).is_file(), "model.init_checkpoint", config.model.init_checkpoint, "an existing safetensors file, for example one written by python -m fedneg.pretrain")
 
     sources = config.negatives.sources
     _require(isinstance(sources, list) and len(sources) > 0, "negatives.sources", sources, "a non-empty list, for example [bystander, public] or [none]")
@@ -307,6 +334,13 @@ def validate(config: Config) -> None:
     _require_number("train.lr", config.train.lr, 0.0, strict=True)
     _require_number("train.momentum", config.train.momentum, 0.0)
     _require_number("train.weight_decay", config.train.weight_decay, 0.0)
+    classifier = config.train.classifier
+    _require_number("train.classifier.scale", classifier.scale, 0.0, strict=True)
+    if classifier.margin is not None:
+        _require_number("train.classifier.margin", classifier.margin, 0.0)
+    _require_number("train.classifier.center_weight", classifier.center_weight, 0.0)
+    _require_number("train.classifier.spreadout_margin", classifier.spreadout_margin, 0.0)
+    _require_number("train.classifier.spreadout_lr", classifier.spreadout_lr, 0.0)
 
     _require_int("federation.rounds", config.federation.rounds, 1)
     _require_int("federation.clients_per_round", config.federation.clients_per_round, 1)
@@ -315,6 +349,15 @@ def validate(config: Config) -> None:
     if config.federation.num_cpus is not None:
         _require_int("federation.num_cpus", config.federation.num_cpus, 1)
     _require_number("federation.round_timeout", config.federation.round_timeout, 0.0, strict=True)
+    _require_choice("federation.classifier", config.federation.classifier, CLASSIFIER_DESIGNS)
+    _require_choice("federation.strategy", config.federation.strategy, STRATEGIES)
+    has_classifier = OBJECTIVES[config.train.loss].has_classifier
+    if config.federation.classifier == "persistent":
+        _require(has_classifier, "federation.classifier", "persistent", f"fresh, because train.loss={config.train.loss} has no classifier to persist")
+    if config.federation.strategy == "fedaws" or config.train.loss == "fedaws":
+        _require(config.train.loss == "fedaws", "train.loss", config.train.loss, "fedaws when federation.strategy=fedaws")
+        _require(config.federation.strategy == "fedaws", "federation.strategy", config.federation.strategy, "fedaws when train.loss=fedaws")
+        _require(config.federation.classifier == "persistent", "federation.classifier", config.federation.classifier, "persistent with FedAwS, because each phone keeps its class embedding")
 
     _require_int("eval.every", config.eval.every, 1)
     _require_int("eval.pairs", config.eval.pairs, 10)

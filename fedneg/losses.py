@@ -7,6 +7,8 @@ pytorch-metric-learning; the objective only chooses which tuples enter them.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from pytorch_metric_learning import losses, miners
 from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
@@ -24,6 +26,9 @@ class LocalObjective(nn.Module):
     and the trainer optimises them beside the FE. `num_classes` is the number of distinct
     labels on the phone this round.
     """
+
+    # True for objectives with a local classifier; they take the embedding size too.
+    has_classifier: ClassVar[bool] = False
 
     def __init__(self, config: TrainConfig, num_classes: int) -> None:
         super().__init__()
@@ -95,8 +100,19 @@ OBJECTIVES: dict[str, type[LocalObjective]] = {
 }
 
 
-def build_objective(config: TrainConfig, num_classes: int) -> LocalObjective:
-    """Build the objective named by `config.loss` for a phone with `num_classes` labels."""
+def build_objective(config: TrainConfig, num_classes: int, embedding_dim: int = 128) -> LocalObjective:
+    """Build the objective named by `config.loss` for a phone with `num_classes` labels.
+
+    `embedding_dim` sizes the local classifier of the objectives that have one.
+    """
     if config.loss not in OBJECTIVES:
         raise ConfigError(f"invalid value for train.loss: {config.loss!r}; allowed: {', '.join(OBJECTIVES)}")
-    return OBJECTIVES[config.loss](config, num_classes)
+    objective_class = OBJECTIVES[config.loss]
+    if objective_class.has_classifier:
+        return objective_class(config, num_classes, embedding_dim)  # type: ignore[call-arg]
+    return objective_class(config, num_classes)
+
+
+# Objectives with a local classifier (arcface, cosface, sphereface, center, fedaws) import
+# this module and add themselves to OBJECTIVES, so they are imported last.
+import fedneg.margin  # noqa: E402, F401

@@ -80,7 +80,12 @@ def test_checkpoint_is_final_fe(small_run):
     assert any(changed)
 
 
-def test_client_returns_fe_and_scalars_only(tmp_path):
+def test_client_returns_fe_and_scalars_only(tmp_path, monkeypatch):
+    # Outside a running simulation Flower has no task identity; replies need one (Flower 1.42).
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for attribute in ("_run_id", "_task_id", "_node_id"):
+        monkeypatch.setattr(TaskIdentity, attribute, 1)
     config = load_config("configs/default.yaml", SMALL)
     prepared = prepare_run(config, tmp_path / "run", write=False)
     public = PublicNegatives(config)
