@@ -88,7 +88,7 @@ class BystanderConfig:
 class PublicConfig:
     """Server-held real faces of the public people, shipped each round."""
 
-    per_round: int = 64  # faces sampled per round (with their person as group)
+    per_round: int = 128  # faces sampled per round (with their person as group)
 
 
 @dataclass
@@ -122,7 +122,7 @@ class TrainConfig:
     loss: str = "triplet"
     margin: float = 0.2  # triplet margin, or negative margin of the contrastive loss
     mining: str = "semihard"
-    epochs: int = 2
+    epochs: int = 3
     batch_size: int = 48
     optimizer: str = "sgd"
     lr: float = 0.05
@@ -135,7 +135,7 @@ class TrainConfig:
 class FederationConfig:
     """Rounds, client sampling and simulation resources."""
 
-    rounds: int = 8
+    rounds: int = 12
     clients_per_round: int = 8
     client_cpus: float = 1.0  # Ray CPUs per client; 2 cores give 2 parallel clients
     num_cpus: int | None = None  # CPUs Ray may use; None: all cores
@@ -151,7 +151,7 @@ class FederationConfig:
 class EvalConfig:
     """Verification on evaluation people."""
 
-    every: int = 2  # evaluate at round 0, every `every` rounds, and after the last round
+    every: int = 3  # evaluate at round 0, every `every` rounds, and after the last round
     pairs: int = 3000  # genuine pairs and, separately, impostor pairs
     folds: int = 10
     lfw_pairs: bool = True  # also run LFW's pairs.txt restricted to untrained people
@@ -192,7 +192,8 @@ class Config:
 def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
     """Build dataclass `cls` from `values`, rejecting unknown keys by their dotted name."""
     if not isinstance(values, dict):
-        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {values!r}")
+        section = prefix.rstrip(".") or "config"
+        raise ConfigError(f"invalid value for {section}: {values!r}; expected a section of keys, for example {section}: {{...}} in YAML")
 
     known = {f.name: f for f in dataclasses.fields(cls)}
     kwargs: dict[str, Any] = {}
@@ -285,7 +286,7 @@ def validate(config: Config) -> None:
     # Local imports: both modules import this one. Plugins add source names through the
     # `fedneg.negative_sources` entry point group, so the check reads the registry.
     from fedneg.losses import OBJECTIVES
-    from fedneg.negatives import available_sources
+    from fedneg.negatives import available_sources, source_class
 
     _require_int("seed", config.seed, 0)
 
@@ -315,6 +316,7 @@ def validate(config: Config) -> None:
     registered = available_sources()
     for name in sources:
         _require_choice("negatives.sources", name, registered)
+        source_class(name)  # a plugin that fails to import is reported now, not mid-run
     _require("none" not in sources or len(sources) == 1, "negatives.sources", sources, "[none] alone, or a list of other sources")
     _require(len(set(sources)) == len(sources), "negatives.sources", sources, "each source at most once")
     _require_int("negatives.bystander.min_cluster_size", config.negatives.bystander.min_cluster_size, 2)

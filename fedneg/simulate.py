@@ -73,28 +73,28 @@ def run_simulation_from_config(config: Config, run_dir: Path | None = None, verb
         ConfigError: the config or data root is invalid (raised before Ray starts).
         SimulationError: the run ended before its last round was recorded.
     """
-    from flwr.app import Context, RecordDict
-    from flwr.supercore.telemetry import EventType
-    from flwr.simulation.run_simulation import _run_simulation
-
-    from clients.client_app import app as client_app
-    from fedneg.server.app import app as server_app
-
-    route_flower_logs(verbose)
     prepared = prepare_run(config, run_dir)
     run_dir = prepared.run_dir
     log_handler = attach_run_log(run_dir)
-
-    # NOTE: `_run_simulation` is Flower's internal entry (1.42); the public `run_simulation`
-    # cannot pass a run config to the ServerApp. Revisit when upgrading Flower.
-    context = Context(
-        run_id=0,
-        node_id=0,
-        node_config={},
-        state=RecordDict(),
-        run_config={"config-json": prepared.config.to_json(), "run-dir": str(run_dir.resolve())},
-    )
     try:
+        from flwr.app import Context, RecordDict
+        from flwr.simulation.run_simulation import _run_simulation
+        from flwr.supercore.telemetry import EventType
+
+        from clients.client_app import app as client_app
+        from fedneg.server.app import app as server_app
+
+        route_flower_logs(verbose)
+
+        # NOTE: `_run_simulation` is Flower's internal entry (1.42); the public
+        # `run_simulation` cannot pass a run config to the ServerApp. Revisit on upgrade.
+        context = Context(
+            run_id=0,
+            node_id=0,
+            node_config={},
+            state=RecordDict(),
+            run_config={"config-json": prepared.config.to_json(), "run-dir": str(run_dir.resolve())},
+        )
         _run_simulation(
             num_supernodes=len(prepared.phones),
             exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
@@ -103,6 +103,11 @@ def run_simulation_from_config(config: Config, run_dir: Path | None = None, verb
             backend_config=backend_config(prepared.config),
             server_app_context=context,
         )
+    except (ConfigError, KeyboardInterrupt):
+        raise
+    except Exception as error:  # the ServerApp's own error arrives here from Flower's thread
+        logger.exception("simulation failed")
+        raise SimulationError(f"the simulation failed: {error}; the traceback is in {run_dir / LOG_FILE}") from error
     finally:
         logging.getLogger().removeHandler(log_handler)
         log_handler.close()

@@ -116,6 +116,7 @@ def test_interrupt_keeps_finished_rounds(tmp_path):
     deadline = time.time() + 300
     finished: list[int] = []
     while time.time() < deadline and max(finished, default=-1) < 1:
+        assert process.poll() is None, f"the simulation exited early:\n{process.communicate()[0][-2000:]}"
         time.sleep(0.5)
         if (run_dir / "metrics.json").is_file():
             finished = [record["round"] for record in json.loads((run_dir / "metrics.json").read_text())]

@@ -52,7 +52,10 @@ def source_class(name: str) -> type[NegativeSource]:
     try:
         module = importlib.import_module(module_name)
     except ImportError as error:
-        raise ConfigError(f"negative source {name!r} is registered as {targets[name]} but fails to import: {error}; install its package") from error
+        raise ConfigError(
+            f"negative source {name!r} is registered as {targets[name]} but fails to import: {error}; "
+            "reinstall the package that provides it (for fedneg's own sources: pip install -e .)"
+        ) from error
     return getattr(module, attribute)
 
 
