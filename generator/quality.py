@@ -39,7 +39,12 @@ DETECTOR_INSTALL_HELP = "install it with: pip install --no-deps facenet-pytorch 
 
 
 class FaceDetector:
-    """MTCNN face detector on uint8 (N, 3, S, S) images; S >= 32 px works, faces may fill the frame."""
+    """MTCNN face detector on uint8 (N, 3, S, S) images; S >= 32 px works, faces may fill the frame.
+
+    NOTE: on smooth noise (an untrained diffusion model upscaled from 16 px), MTCNN's first
+    stage proposes so many boxes that detection took minutes for a few hundred images here.
+    A refresh from a broken model can therefore be slow before it fails the filter.
+    """
 
     name = "mtcnn"
 

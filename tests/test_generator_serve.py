@@ -155,17 +155,25 @@ def test_invalid_count_exits(tmp_path, caplog):
     assert "invalid --count: 0" in caplog.text
 
 
+class NoFaceDetector:
+    """Error-handling double: a detector that finds no face in any image."""
+
+    name = "none-found"
+
+    def face_probabilities(self, images: np.ndarray) -> np.ndarray:
+        return np.zeros(images.shape[0])
+
+
 def test_refresh_all_filtered_publishes_nothing(tmp_path):
-    pytest.importorskip("facenet_pytorch", reason="the face check needs facenet-pytorch")
     from generator.backends import GeneratorError, load_backend
-    from generator.quality import FaceDetector, build_embedder
+    from generator.quality import build_embedder
     from generator.refresh import RefreshSettings, refresh_bank
 
-    noise_model = load_backend("pretrained", str(save_tiny_ddpm_pipeline(tmp_path / "tiny")), steps=2)
+    model = load_backend("pretrained", str(save_tiny_ddpm_pipeline(tmp_path / "tiny")), steps=2)
     bank = FaceBank(tmp_path / "bank", create=True)
     bank.publish(real_faces(4), {"backend": "earlier"})
 
     with pytest.raises(GeneratorError, match="passed the filter"):
-        refresh_bank(bank, noise_model, RefreshSettings(count=4), build_embedder(), FaceDetector())
+        refresh_bank(bank, model, RefreshSettings(count=4), build_embedder(), NoFaceDetector())
 
     assert bank.versions() == ["v000001"]
