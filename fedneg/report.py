@@ -201,7 +201,7 @@ def plot_roc_overlay(config: CompareConfig, cells: list[Cell], records: dict[str
     from fedneg.evaluation import Evaluator
     from fedneg.model import build_model
     from fedneg.runfolder import prepare_run
-    from fedneg.server.run import build_protocols
+    from fedneg.server.run import build_protocols, format_roc_axis
 
     figure = Figure(figsize=(7, 5))
     axis = figure.subplots()
@@ -224,13 +224,7 @@ def plot_roc_overlay(config: CompareConfig, cells: list[Cell], records: dict[str
         for protocol, scores in evaluation.scores.items():
             far, tar, _ = roc_curve(evaluation.labels[protocol], scores)
             axis.plot(np.clip(far, 1e-3, 1), tar, label=f"{cell.source} / {cell.loss} / {cell.design} (seed {cell.seed})")
-    axis.set_xscale("log")
-    axis.set_xlim(1e-3, 1)
-    axis.set_ylim(0, 1)
-    axis.set_xlabel("FAR (false accept rate)")
-    axis.set_ylabel("TAR (true accept rate)")
-    axis.grid(True, which="both", alpha=0.3)
-    axis.legend(fontsize=6, loc="lower right")
+    format_roc_axis(axis, min_far=1e-3, legend_size=6)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
 

@@ -168,6 +168,17 @@ class FederatedServer:
         logger.info("run folder: %s", self.run_dir)
 
 
+def format_roc_axis(axis, min_far: float, legend_size: int) -> None:
+    """Give a ROC axis its log FAR scale from `min_far` to 1, labels, grid and legend."""
+    axis.set_xscale("log")
+    axis.set_xlim(min_far, 1)
+    axis.set_ylim(0, 1)
+    axis.set_xlabel("FAR (false accept rate)")
+    axis.set_ylabel("TAR (true accept rate)")
+    axis.grid(True, which="both", alpha=0.3)
+    axis.legend(fontsize=legend_size, loc="lower right")
+
+
 def plot_roc(evaluations: dict[str, EvaluationResult], path: Path) -> None:
     """Plot TAR against FAR (log scale) for every protocol of every labelled evaluation."""
     figure = Figure(figsize=(6, 4.5))
@@ -177,13 +188,7 @@ def plot_roc(evaluations: dict[str, EvaluationResult], path: Path) -> None:
             far, tar, _ = roc_curve(evaluation.labels[protocol], scores)
             metrics = evaluation.metrics[protocol]
             axis.plot(np.clip(far, 1e-4, 1), tar, label=f"{label}, {protocol} (AUC {metrics.roc_auc:.3f}, {metrics.genuine}+{metrics.impostor} pairs)")
-    axis.set_xscale("log")
-    axis.set_xlim(1e-4, 1)
-    axis.set_ylim(0, 1)
-    axis.set_xlabel("FAR (false accept rate)")
-    axis.set_ylabel("TAR (true accept rate)")
-    axis.grid(True, which="both", alpha=0.3)
-    axis.legend(fontsize=7, loc="lower right")
+    format_roc_axis(axis, min_far=1e-4, legend_size=7)
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=120)
