@@ -97,7 +97,10 @@ class NegativeFedAvg(FedAvg):
         return self._construct_messages(record, [self.node_of_phone[phone] for phone in chosen], MessageType.TRAIN)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        replies = list(replies)
+        # Replies arrive in completion order; summing them in phone order keeps the floating
+        # point result, and so the whole run, fixed by the seed.
+        phone_of_node = {node: phone for phone, node in self.node_of_phone.items()}
+        replies = sorted(replies, key=lambda reply: phone_of_node.get(reply.metadata.src_node_id, -1))
         failed = [reply for reply in replies if reply.has_error()]
         for reply in failed:
             logger.error("round %d: node %d failed: %s", server_round, reply.metadata.src_node_id, reply.error.reason)
