@@ -7,7 +7,7 @@ negatives, epochs and batch size. Evaluation is left out of the timing: only rou
     python benchmarks/framework_overhead.py                 # both variants, table on stdout
     python benchmarks/framework_overhead.py --rounds 3 --repeat 2 --out benchmarks/results/framework_overhead.json
 
-Each variant runs in its own process; a sampler sums the resident memory of that process
+Each variant runs in its own process. A sampler sums the resident memory of that process
 and all its children (Ray workers included) every 0.2 s and keeps the peak.
 """
 
@@ -81,7 +81,7 @@ def run_plain(config_path: str, settings: list[str]) -> dict:
 
 
 def run_flower(config_path: str, settings: list[str]) -> dict:
-    """The same rounds through `fedneg.simulate` (Flower simulation engine on Ray)."""
+    """Run the same rounds through `fedneg.simulate` (Flower simulation engine on Ray)."""
     from fedneg.config import load_config
     from fedneg.runfolder import read_metrics
     from fedneg.simulate import run_simulation_from_config

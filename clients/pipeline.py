@@ -29,8 +29,10 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class RoundOutcome:
-    """What a phone sends back: the FE state and scalar metrics, and with a persistent
-    classifier (`federation.classifier=persistent`) its classifier state too."""
+    """Reply of one phone: the FE state and scalar metrics.
+
+    With `federation.classifier=persistent`, the phone's classifier state is added too.
+    """
 
     state: dict[str, torch.Tensor]
     metrics: dict[str, float]

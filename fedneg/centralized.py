@@ -88,7 +88,7 @@ def pooled_phone_data(prepared: PreparedRun) -> dict[str, list[str]]:
 
 
 def build_central_loss(config: TrainConfig, num_classes: int, embedding_dim: int) -> nn.Module:
-    """The configured loss over all people at once (no owner restriction).
+    """Build the configured loss over all people at once (no owner restriction).
 
     Margin losses get one classifier column per person. Triplet and contrastive use the
     library losses with all labels. FedAwS is a federated method, so it falls back to ArcFace.

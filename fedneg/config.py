@@ -140,9 +140,10 @@ class FederationConfig:
     client_cpus: float = 1.0  # Ray CPUs per client; 2 cores give 2 parallel clients
     num_cpus: int | None = None  # CPUs Ray may use; None: all cores
     round_timeout: float = 3600.0  # seconds the server waits for replies each round
-    # "fresh": a new local classifier every round, only the FE goes back; "persistent": the
-    # same phones train every round and the owner's classifier column travels with the FE,
-    # so the server stores a face template per phone and can tell phones apart.
+    # "fresh": a new local classifier every round, and only the FE goes back.
+    # "persistent": the same phones train every round and the owner's classifier column
+    # travels with the FE, so the server stores a face template per phone and can tell
+    # phones apart.
     classifier: str = "fresh"
     strategy: str = "fedavg"  # "fedaws": FedAvg plus the server's spreadout step on class embeddings
 

@@ -125,7 +125,7 @@ def lfw_pairs(pairs_file: Path, root: Path, allowed_people: set[str]) -> PairPro
         f"{int((labels_array == 0).sum())} impostor); the rest involve people trained on"
     )
     if num_folds * 2 * per_class != total:
-        logger.warning("%s: header promises %d pairs, file holds %d", pairs_file, num_folds * 2 * per_class, total)
+        logger.warning("%s: header declares %d pairs, but the file contains %d", pairs_file, num_folds * 2 * per_class, total)
     return PairProtocol(name="lfw", first=first, second=second, labels=labels_array, folds=np.asarray(folds, dtype=np.int64), note=note)
 
 

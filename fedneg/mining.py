@@ -1,7 +1,7 @@
 """Bystander mining: cluster a phone's gallery embeddings with HDBSCAN, find the owner, score it.
 
-Gallery identities are used only for scoring (`mining_quality`);
-`mine_gallery` sees embeddings alone.
+Gallery identities are used only for scoring (`mining_quality`), and `mine_gallery`
+receives embeddings alone.
 """
 
 from __future__ import annotations

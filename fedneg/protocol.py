@@ -1,4 +1,4 @@
-"""What travels in a round's messages, in one place for the ServerApp and the ClientApp.
+"""Record keys of a round's messages, shared by the ServerApp and the ClientApp.
 
 Server -> phone (train message): `arrays` (FE state), `config` (ConfigRecord with
 `fedneg-config`, the experiment config as JSON, and `server-round`), and per negative

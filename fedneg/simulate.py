@@ -57,8 +57,8 @@ def backend_config(config: Config) -> dict:
 def route_flower_logs(verbose: bool) -> None:
     """Send Flower's log records through the root handlers only, at WARNING unless verbose.
 
-    Flower installs its own console handler on the `flwr` logger at import time; without
-    this, every Flower line would print twice and its per-round INFO lines would bury ours.
+    Flower installs its own console handler on the `flwr` logger at import time. Without
+    this, every Flower line would print twice, and its per-round INFO lines would bury ours.
     """
     flower_logger = logging.getLogger("flwr")
     flower_logger.handlers = []

@@ -92,7 +92,7 @@ def train_local(
     """Train `model` in place for `config.epochs` epochs over the phone's training set.
 
     Every batch contains all positives (up to half the batch, sampled when there are more) and
-    fills the rest with negatives; an epoch is one pass over the negatives, or a single step
+    fills the rest with negatives. An epoch is one pass over the negatives, or a single step
     when there are none. `seed` fixes batch order and augmentation.
     """
     generator = torch.Generator().manual_seed(seed)

@@ -158,7 +158,10 @@ class FEEmbedder(Embedder):
 
 
 def build_embedder(fe_weights: str | None = None) -> Embedder:
-    """The FE with `fe_weights` when given, else O-Net, else (no facenet-pytorch) a random-weight FE."""
+    """Build the embedder: the FE with `fe_weights` when given, else O-Net.
+
+    Without facenet-pytorch and without `fe_weights`, a random-weight FE is used.
+    """
     if fe_weights is not None:
         return FEEmbedder(fe_weights)
     try:

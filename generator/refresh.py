@@ -29,7 +29,7 @@ OVERSAMPLE = 1.1
 
 @dataclass
 class RefreshSettings:
-    """What one refresh produces.
+    """Settings of one refresh: how many faces, their size and the seed.
 
     Attributes:
         count: faces the version should hold; fewer are published when the filter drops more

@@ -90,7 +90,8 @@ def test_checksum_mismatch_detected(tmp_path, faces):
     message = str(caught.value)
     assert str(shard) in message
     assert "failed its checksum" in message
-    assert "delete" in message and "python -m generator.serve" in message
+    assert "delete" in message
+    assert "python -m generator.serve" in message
 
 
 def test_corrupt_shard_reported_unreadable(tmp_path, faces):

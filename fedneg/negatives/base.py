@@ -48,9 +48,8 @@ class NegativeSet:
 
     Attributes:
         images: uint8 (N, 3, S, S) negative faces.
-        groups: int64 (N,) identity group within this source; equal ids mean the source
-            believes the faces show the same person (a bystander cluster), distinct ids
-            otherwise. The trainer offsets ids so groups of different sources never merge.
+        groups: int64 (N,) identity group within this source. Equal ids mean the source
+            believes the faces show the same person (a bystander cluster). The trainer offsets ids so groups of different sources never merge.
         positives: uint8 (P, 3, S, S) extra owner faces the source found (the mined owner
             cluster), trained as positives beside the enrollment photos.
         metrics: scalar metrics about this phone's negatives (mining quality); averaged
